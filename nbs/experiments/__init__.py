@@ -1,0 +1,1 @@
+"""Experiment notebooks (papermill), shipped as package data and run with `synthseg run`."""

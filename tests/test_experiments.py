@@ -1,0 +1,41 @@
+"""Experiment notebooks: one tagged parameters cell each, and a tiny papermill run of each into a run folder."""
+import json
+
+import pandas as pd
+import pytest
+
+from synthseg.cli import main
+from synthseg.core import ParameterError
+from synthseg.runs import collect_runs, experiment_parameters, experiments_dir, list_experiments, run_experiment
+
+
+@pytest.mark.parametrize("name", list_experiments())
+def test_one_parameters_cell_of_literals(name):
+    cells = json.loads((experiments_dir() / f"{name}.ipynb").read_text())["cells"]
+    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1
+    spec = experiment_parameters(name)
+    assert "size" in spec and "out_dir" in spec
+    assert all(v["help"] for v in spec.values()), "every parameter has a comment"
+
+
+def test_domain_shift_tiny_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTHSEG_DATA", str(tmp_path / "data"))
+    folder = run_experiment("domain_shift", {"size": "tiny", "methods": '["none", "fda", "dacs", "oracle"]'},
+                            root=tmp_path / "runs", progress=False)
+    assert folder.parent == tmp_path / "runs" / "domain_shift"
+    for name in ("domain_shift.ipynb", "parameters.json", "metrics.json", "table3.csv", "iou_bars.png"):
+        assert (folder / name).is_file(), name
+    table = pd.read_csv(folder / "table3.csv", index_col=0)
+    assert list(table.index) == ["No augmentation", "FDA (β=0.01)", "DACS", "Oracle (target)"]
+    assert "road" in table.columns and table["mIoU"].between(0, 1).all()
+    runs = collect_runs("domain_shift", tmp_path / "runs")
+    assert len(runs) == 1 and runs.loc[0, "param.size"] == "tiny"
+
+
+def test_unknown_experiment_and_parameter(capsys):
+    with pytest.raises(ParameterError, match="domain_shift"):
+        run_experiment("domain_shifts")
+    assert main(["run", "domain_shift", "-p", "stepz", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "stepz" in err and "steps" in err and "\n" == err[-1] and err.count("\n") == 1

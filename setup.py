@@ -7,9 +7,8 @@ cfg = ConfigParser(delimiters=["="])
 cfg.read("settings.ini", encoding="utf-8")
 cfg = cfg["DEFAULT"]
 
-licenses = {"apache2": ("Apache Software License 2.0", "OSI Approved :: Apache Software License")}
+licenses = {"apache2": "Apache-2.0"}  # SPDX expressions
 statuses = ["Planning", "Pre-Alpha", "Alpha", "Beta", "Production/Stable", "Mature", "Inactive"]
-lic = licenses[cfg["license"]]
 requirements = cfg["requirements"].split()
 lab = cfg["lab_requirements"].split()
 dev = cfg["dev_requirements"].split()
@@ -23,11 +22,10 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     author=cfg["author"],
     author_email=cfg["author_email"],
-    license=lic[0],
+    license=licenses[cfg["license"]],
     classifiers=[
         f"Development Status :: {cfg['status']} - {statuses[int(cfg['status'])]}",
         f"Intended Audience :: {cfg['audience']}",
-        f"License :: {lic[1]}",
         f"Natural Language :: {cfg['language']}",
         "Programming Language :: Python :: 3",
     ],

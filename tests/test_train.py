@@ -64,9 +64,9 @@ def test_changed_config_in_same_folder_is_refused(tmp_path):
         Trainer(dataclasses.replace(CFG, lr=0.1), Toy(), out_dir=tmp_path, progress=False)
 
 
-@pytest.mark.parametrize("method", ["fda", "dacs"])
-def test_adaptation_methods_train(tmp_path, method):
-    cfg = dataclasses.replace(CFG, method=method, steps=2)
+@pytest.mark.parametrize("method,scale_crop", [("fda", None), ("dacs", None), ("dacs", (0.5, 1.5))])
+def test_adaptation_methods_train(tmp_path, method, scale_crop):
+    cfg = dataclasses.replace(CFG, method=method, steps=2, scale_crop=scale_crop, crop=(24, 24) if scale_crop else None)
     hist = Trainer(cfg, Toy(), target=Toy(offset=100), val=Toy(offset=200), out_dir=tmp_path, progress=False).fit()
     assert hist[-1]["step"] == 2 and np.isfinite(hist[-1]["loss"]) and 0 <= hist[-1]["mIoU"] <= 1
 

@@ -9,26 +9,17 @@ Prints the best-of-N time of each path and their ratio; runs the GPU path too wh
 Goals: >= 3x on CPU, >= 50x on GPU.
 """
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from synthseg.adapt import fda
 
-
-def fda_reference(src: np.ndarray, trg: np.ndarray, beta: float) -> np.ndarray:
-    "FDA of one C×H×W source image towards one target image, reference formulation."
-    f_src, f_trg = np.fft.fft2(src, axes=(-2, -1)), np.fft.fft2(trg, axes=(-2, -1))
-    amp, phase = np.abs(f_src), np.angle(f_src)
-    amp_s = np.fft.fftshift(amp, axes=(-2, -1))
-    amp_t = np.fft.fftshift(np.abs(f_trg), axes=(-2, -1))
-    h, w = src.shape[-2:]
-    b = int(np.floor(min(h, w) * beta))
-    ch, cw = h // 2, w // 2
-    amp_s[:, ch - b:ch + b + 1, cw - b:cw + b + 1] = amp_t[:, ch - b:ch + b + 1, cw - b:cw + b + 1]
-    amp = np.fft.ifftshift(amp_s, axes=(-2, -1))
-    return np.real(np.fft.ifft2(amp * np.exp(1j * phase), axes=(-2, -1)))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]/"tests"))
+from references import fda_reference  # noqa: E402  (the per-image NumPy reference formulation)
 
 
 def best_of(fn, repeats: int, sync=lambda: None) -> float:

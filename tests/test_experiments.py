@@ -39,3 +39,25 @@ def test_unknown_experiment_and_parameter(capsys):
     assert main(["run", "domain_shift", "-p", "stepz", "5"]) == 2
     err = capsys.readouterr().err
     assert "stepz" in err and "steps" in err and "\n" == err[-1] and err.count("\n") == 1
+
+
+def test_failing_experiment_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SYNTHSEG_DATA", str(tmp_path / "data"))
+    code = main(["run", "domain_shift", "-p", "size", "tiny", "-p", "source", "gta5", "--root", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "domain_shift.ipynb: cell" in err and "source_root" in err
+
+
+def test_generation_quality_tiny_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTHSEG_DATA", str(tmp_path / "data"))
+    folder = run_experiment("generation_quality", {"size": "tiny", "guidance": "1.5"}, root=tmp_path / "runs",
+                            progress=False)
+    for name in ("table1.csv", "augmentation.csv", "consistency_per_class.csv", "metrics.json"):
+        assert (folder / name).is_file(), name
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert "not comparable" in metrics["features"]  # no Inception weights here: the stand-in is labelled
+    assert 0 <= metrics["consistency_mIoU"] <= 1 and -1 <= metrics["SSIM"] <= 1
+    from synthseg.generate import read_manifest
+    manifest = read_manifest(folder / "generated")
+    assert set(manifest["split"]) == {"train", "val"} and manifest["guidance_scale"].eq(1.5).all()

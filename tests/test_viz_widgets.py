@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from synthseg.core import ParameterError
-from synthseg.labels import LabelSpace
+from synthseg.labels import LabelSpace, get_space
 from synthseg.viz import class_stats, dataset_stats, legend_html, overlay, plot_class_shares, show_samples
 from synthseg.widgets import MaskInspector, inspect_masks
 
@@ -333,3 +333,142 @@ def test_iou_explorer_widget_and_errors(results):
         IoUExplorer({"a": np.eye(3)}, NAMES)
     with pytest.raises(ParameterError, match="results"):
         IoUExplorer({}, NAMES)
+
+
+# --- mask edits and the GenerationBrowser ---
+
+
+def test_relabel_region_changes_exactly_the_connected_region():
+    from synthseg.viz import relabel_region
+    lbl = np.zeros((6, 8), np.uint8)
+    lbl[1:3, 1:3] = 2  # region A
+    lbl[3, 3] = 2  # touches A only diagonally
+    lbl[1:3, 5:7] = 2  # region B, apart
+    before = lbl.copy()
+    out = relabel_region(lbl, (1, 1), 5)
+    changed = np.zeros_like(lbl, bool)
+    changed[1:3, 1:3] = changed[3, 3] = True
+    assert ((out != lbl) == changed).all() and (out[changed] == 5).all() and (lbl == before).all()
+    four = relabel_region(lbl, (1, 1), 5, connectivity=4)
+    assert four[3, 3] == 2 and (four[1:3, 1:3] == 5).all() and (four[1:3, 5:7] == 2).all()
+    background = relabel_region(lbl.astype(np.int64), (5, 0), 255)  # the one background region becomes ignore
+    assert background.dtype == np.uint8 and ((background == 255) == (lbl == 0)).all()
+
+
+def test_relabel_class_and_errors():
+    from synthseg.viz import relabel_class, relabel_region
+    lbl = np.array([[0, 1, 1], [2, 1, 0]], np.uint8)
+    assert (relabel_class(lbl, 1, 7) == np.array([[0, 7, 7], [2, 7, 0]])).all() and lbl[0, 1] == 1
+    assert (relabel_class(lbl, 3, 0) == lbl).all()
+    for bad, match in ((lambda: relabel_region(lbl, (2, 0), 1), "point"), (lambda: relabel_region(lbl, (0, -1), 1), "point"),
+                       (lambda: relabel_region(lbl, (0.0, 1), 1), "point"), (lambda: relabel_region(lbl, (0, 0), 300), "new_class"),
+                       (lambda: relabel_region(lbl, (0, 0), 1, connectivity=6), "connectivity"),
+                       (lambda: relabel_region(lbl[None], (0, 0), 1), "label"), (lambda: relabel_class(lbl, 1, -1), "new")):
+        with pytest.raises(ParameterError, match=match):
+            bad()
+
+
+class Scenes(list):
+    """Scene dicts (label, name, optionally image) in the Cityscapes label space."""
+    space = get_space("cityscapes")
+
+
+@pytest.fixture(scope="module")
+def browser_parts():
+    import torch
+    from synthseg.diffusion import MaskDiffusionConfig, MaskDiffusionModel, MaskToImagePipeline
+    from synthseg.scenes import make_scene
+    torch.manual_seed(0)
+    model = MaskDiffusionModel(MaskDiffusionConfig(num_classes=19, sample_size=(32, 32), block_out_channels=(16, 32),
+                                                   layers_per_block=1))
+    return MaskToImagePipeline(model, "ddim"), Scenes(make_scene(s, 32, 32, style="target") for s in range(2))
+
+
+def test_browser_relabel_and_reset(browser_parts):
+    from scipy import ndimage
+    from synthseg.widgets import GenerationBrowser
+    pipe, scenes = browser_parts
+    br = GenerationBrowser(pipe, scenes, num_inference_steps=2)
+    mask = br.edited_mask()
+    assert (mask == scenes[0]["label"]).all()
+    regions, n = ndimage.label(mask == 11, np.ones((3, 3)))  # the people: several regions
+    y, x = np.argwhere(regions == 2)[0]
+    edited = br.relabel((y, x), "sidewalk").edited_mask()
+    assert n >= 2 and ((edited != mask) == (regions == 2)).all() and (edited[regions == 2] == 1).all()
+    assert (br.relabel((0, 0), "ignore").edited_mask()[0, 0] == 255) and br.panels()[0][0] == "mask (edited)"
+    br.reset()
+    assert (br.edited_mask() == mask).all() and br.panels()[0][0] == "mask"
+    br.edited_mask()[:] = 0  # a copy: the browser's mask is unchanged
+    assert (br.edited_mask() == mask).all()
+    br.select(1).relabel((0, 0), 0).select(1)  # selecting drops the edits
+    assert (br.edited_mask() == scenes[1]["label"]).all() and br.index == 1
+
+
+def test_browser_sample_shape_and_seed_determinism(browser_parts):
+    from synthseg.widgets import GenerationBrowser
+    pipe, scenes = browser_parts
+    br = GenerationBrowser(pipe, scenes, seeds=(0, 1, 2), num_inference_steps=2)
+    first = br.sample()
+    assert first.shape == (3, 32, 32, 3) and first.dtype == np.uint8
+    assert (br.sample() == first).all() and not (first[0] == first[2]).all()
+    alone = GenerationBrowser(pipe, scenes, seeds="2", num_inference_steps=2).sample()
+    assert alone.shape == (1, 32, 32, 3) and np.abs(alone[0].astype(int) - first[2]).max() <= 1
+    y, x = np.argwhere(br.edited_mask() == 13)[0]
+    br.relabel((y, x), "road")
+    assert br.images is None
+    assert not (br.sample() == first).all()
+    assert (br.reset().sample() == first).all()
+
+
+def test_browser_strip_png_and_widget(browser_parts):
+    import io
+    from PIL import Image
+    from synthseg.widgets import GenerationBrowser
+    pipe, scenes = browser_parts
+    br = GenerationBrowser(pipe, scenes, seeds=(3, 4), num_inference_steps=2)
+    assert br.strip().shape == (32, 2 * 32 + 4, 3)  # mask and real image before sampling
+    images = br.sample()
+    strip = br.strip()
+    assert strip.shape == (32, 4 * 32 + 3 * 4, 3) and (strip[:, -32:] == images[1]).all()
+    assert (strip[:, :32] == Scenes.space.colorize(scenes[0]["label"])).all() and (strip[:, 32:36] == 255).all()
+    png = br.strip_png()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and (np.asarray(Image.open(io.BytesIO(png))) == strip).all()
+    assert len(br.row.children) == 4 and "application/vnd.jupyter.widget-view+json" in br._repr_mimebundle_()
+    br.y.value, br.x.value = 31, 31
+    br.new_class.value = 10  # sky
+    br.relabel_button.click()
+    assert br.edited_mask()[31, 31] == 10 and br.images is None
+    br.reset_button.click()
+    br.seeds_text.value = "7"
+    br.sample_button.click()
+    assert br.seeds == (7,) and br.images.shape == (1, 32, 32, 3)
+    masks_only = Scenes({"label": s["label"], "name": s["name"]} for s in scenes)
+    assert GenerationBrowser(pipe, masks_only).strip().shape == (32, 32, 3)
+
+
+def test_browser_bad_input(browser_parts):
+    from synthseg.widgets import GenerationBrowser
+    pipe, scenes = browser_parts
+    br = GenerationBrowser(pipe, scenes, num_inference_steps=2)
+    with pytest.raises(ParameterError, match="point"):
+        br.relabel((32, 0), "road")
+    with pytest.raises(ParameterError, match="tree"):
+        br.relabel((0, 0), "tree")
+    with pytest.raises(ParameterError, match="class 19"):
+        br.relabel((0, 0), 19)
+    with pytest.raises(ParameterError, match="index"):
+        br.select(2)
+    for kw in ({"seeds": "a, b"}, {"seeds": ()}, {"seeds": [1.5]}, {"num_inference_steps": 0}, {"guidance_scale": -1}):
+        with pytest.raises(ParameterError, match=next(iter(kw))):
+            br.configure(**kw)
+    br.seeds_text.value = "x"  # a refused control value is reported, the state is kept
+    assert br.seeds == (0, 1, 2) and "seeds" in br.status.value
+    with pytest.raises(ParameterError, match="space"):
+        GenerationBrowser(pipe, scenes, space="voc")
+    with pytest.raises(ParameterError, match="masks"):
+        GenerationBrowser(pipe, Scenes())
+    with pytest.raises(ParameterError, match="space"):
+        GenerationBrowser(pipe, [scenes[0]])
+    bad = Scenes([{"label": np.full((32, 32), 40, np.uint8), "name": "bad"}])
+    with pytest.raises(ParameterError, match="40"):
+        GenerationBrowser(pipe, bad)

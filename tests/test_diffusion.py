@@ -11,31 +11,17 @@ from synthseg.core import DataError, ParameterError
 from synthseg.diffusion import (SCHEDULERS, DiffusionTrainConfig, DiffusionTrainer, MaskDiffusionConfig,
                                 MaskDiffusionModel, MaskToImagePipeline, diffusion_loss, make_scheduler,
                                 mask_to_condition)
-from synthseg.labels import get_space
+from toys import StreetToy
 
 TINY = MaskDiffusionConfig(num_classes=19, sample_size=(16, 16), block_out_channels=(16, 32), layers_per_block=1,
                            cond_drop_prob=0.1)
 
 
-class Toy(torch.utils.data.Dataset):
-    space = get_space("cityscapes")
+class Toy(StreetToy):
+    """5 maps of 24×24 with an ignore band (resized to 16×16 by the trainer)."""
 
     def __init__(self, n=5, crash_after=None):
-        self.n, self.crash_after, self.reads = n, crash_after, 0
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        self.reads += 1
-        if self.crash_after is not None and self.reads > self.crash_after:
-            raise KeyboardInterrupt("simulated kill")
-        rng = np.random.default_rng(i)
-        label = np.full((24, 24), 10, np.uint8)
-        label[rng.integers(8, 16):] = 0
-        label[:2] = 255
-        image = rng.integers(0, 255, (24, 24, 3)).astype(np.uint8)  # resized to 16×16 by the trainer
-        return {"image": image, "label": label, "name": str(i)}
+        super().__init__(n, (24, 24), crash_after, ignore_rows=2)
 
 
 @pytest.fixture(scope="module")

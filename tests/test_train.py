@@ -7,29 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from synthseg.core import ParameterError
-from synthseg.labels import get_space
 from synthseg.train import Trainer, TrainConfig, evaluate
-
-
-class Toy(torch.utils.data.Dataset):
-    space = get_space("cityscapes")
-
-    def __init__(self, n=6, crash_after=None, offset=0):
-        self.n, self.crash_after, self.reads, self.offset = n, crash_after, 0, offset
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        self.reads += 1
-        if self.crash_after is not None and self.reads > self.crash_after:
-            raise KeyboardInterrupt("simulated kill")
-        rng = np.random.default_rng(i + self.offset)
-        label = np.full((32, 64), 10, np.uint8)
-        label[rng.integers(10, 20):] = 0
-        label[20:, rng.integers(0, 40):][:, :12] = 13
-        image = rng.integers(0, 255, (32, 64, 3)).astype(np.uint8)
-        return {"image": image, "label": label, "name": str(i)}
+from toys import StreetToy as Toy
 
 
 class Single(Toy):

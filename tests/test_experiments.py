@@ -61,3 +61,27 @@ def test_generation_quality_tiny_run(tmp_path, monkeypatch):
     from synthseg.generate import read_manifest
     manifest = read_manifest(folder / "generated")
     assert set(manifest["split"]) == {"train", "val"} and manifest["guidance_scale"].eq(1.5).all()
+
+
+def test_low_effort_transfer_tiny_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTHSEG_DATA", str(tmp_path / "data"))
+    folder = run_experiment("low_effort_transfer", {"size": "tiny"}, root=tmp_path / "runs", progress=False)
+    for name in ("table.csv", "iou_bars.png", "metrics.json", "pipeline/config.json", "pipeline/generated/dataset.json"):
+        assert (folder / name).is_file(), name
+    table = pd.read_csv(folder / "table.csv", index_col=0)
+    assert list(table.index) == ["Source only", "FDA-translated source", "Generated", "Generated + filtering",
+                                 "Generated + filtering + rectification"]
+    assert table["mIoU"].between(0, 100).all() and list(table["images"]) == [6, 6, 6, 3, 3]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert "FDA" in metrics["verdict"] and set(metrics["stage_seconds"]) >= {"pseudo-labels", "generation"}
+
+
+def test_augmentation_ablation_tiny_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTHSEG_DATA", str(tmp_path / "data"))
+    folder = run_experiment("augmentation_ablation", {"size": "tiny"}, root=tmp_path / "runs", progress=False)
+    for name in ("components_iou.png", "metrics.json", "study/components.csv", "study/omega.csv",
+                 "study/gen/balanced-x1/final_train.csv"):
+        assert (folder / name).is_file(), name
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["backend"] == "own" and "no Stable Diffusion weights" in metrics["note"]
+    assert set(metrics["n_gen/R/S = 1"]) >= {"entropy", "cir", "mIoU"}

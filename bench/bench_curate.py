@@ -1,8 +1,8 @@
 """Time synthseg's curation and prior kernels against the peers a user would reach for.
 
-- erode_boundaries (two pooled passes on the batch) vs scipy.ndimage grey dilation + erosion, image by image;
-- object_consistency (one ndimage.label per class, bincount per object) vs a skimage.measure.label loop that
-  masks every object separately (the direct reading of the definition);
+- erode_boundaries (OpenCV dilation != erosion) vs scipy.ndimage grey dilation + erosion, image by image;
+- object_consistency (one id map of all objects, two bincounts) vs a skimage.measure.label loop that masks every
+  object separately (the direct reading of the definition);
 - label_boundary_prior (batched torch) vs skimage.segmentation.find_boundaries, image by image;
 - rectify_labels (vectorised rule) vs nothing faster to compare: its time per image is printed.
 

@@ -85,3 +85,11 @@ def test_augmentation_ablation_tiny_run(tmp_path, monkeypatch):
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["backend"] == "own" and "no Stable Diffusion weights" in metrics["note"]
     assert set(metrics["n_gen/R/S = 1"]) >= {"entropy", "cir", "mIoU"}
+
+
+def test_generation_quality_tiny_run_on_real_camvid(tmp_path, monkeypatch, realdata):
+    monkeypatch.setenv("SYNTHSEG_DATA", str(tmp_path / "data"))
+    folder = run_experiment("generation_quality", {"size": "tiny", "dataset": "camvid", "root": str(realdata / "camvid")},
+                            root=tmp_path / "runs", progress=False)
+    table = pd.read_csv(folder / "table1.csv", index_col=0)
+    assert list(table.index) == ["camvid 32x64"] and 0 <= table["Pixel acc. (%)"].iloc[0] <= 100

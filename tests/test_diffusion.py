@@ -110,11 +110,12 @@ def test_bad_resolution_refused(size, channels):
         MaskDiffusionConfig(sample_size=size, block_out_channels=channels)
 
 
-@pytest.mark.parametrize("kwargs,name", [(dict(prediction_type="sample"), "prediction_type"),
+@pytest.mark.parametrize("kwargs,name", [(dict(prediction_type="x0"), "prediction_type"),
                                          (dict(beta_schedule="cosine"), "beta_schedule"),
                                          (dict(attention_levels=(True,)), "attention_levels"),
                                          (dict(norm_num_groups=5), "norm_num_groups"),
-                                         (dict(cond_drop_prob=1.0), "cond_drop_prob")])
+                                         (dict(cond_drop_prob=1.5), "cond_drop_prob"),
+                                         (dict(prior_channels=-1), "prior_channels")])
 def test_bad_config_refused(kwargs, name):
     with pytest.raises(ParameterError, match=name):
         dataclasses.replace(TINY, **kwargs)
@@ -257,6 +258,36 @@ def test_trainer_refuses_other_label_space_and_bad_size():
         DiffusionTrainer(dataclasses.replace(TINY, num_classes=11), CFG, Toy(), progress=False)
     with pytest.raises(ParameterError, match="size"):
         DiffusionTrainer(TINY, dataclasses.replace(CFG, size=(15, 16)), Toy(), progress=False)
+
+
+def test_priors_are_required_exactly_when_the_model_has_prior_channels(masks):
+    edges = lambda images, labels: (labels[:, None] != labels[:, None].roll(1, -1)).float()
+    with pytest.raises(ParameterError, match="prior_fn"):
+        DiffusionTrainer(dataclasses.replace(TINY, prior_channels=1), CFG, Toy(), progress=False)
+    with pytest.raises(ParameterError, match="prior_fn"):
+        DiffusionTrainer(TINY, CFG, Toy(), progress=False, prior_fn=edges)
+    trainer = DiffusionTrainer(dataclasses.replace(TINY, prior_channels=1), dataclasses.replace(CFG, steps=1), Toy(),
+                               progress=False, prior_fn=edges)
+    trainer.fit()
+    pipe = trainer.pipeline("ddim")
+    m = torch.as_tensor(masks).long()
+    assert pipe(m, num_inference_steps=1, priors=edges(None, m)).shape == (len(m), 16, 16, 3)
+    with pytest.raises(ParameterError, match="priors"):
+        pipe(m, num_inference_steps=1)
+    with pytest.raises(ParameterError, match="priors"):
+        pipe(m, num_inference_steps=1, priors=torch.zeros(len(m), 2, 16, 16))
+
+
+def test_stage_two_starts_from_stage_one(tmp_path):
+    stage1 = DiffusionTrainer(TINY, dataclasses.replace(CFG, steps=1, cond_drop_prob=1.0), Toy(), tmp_path / "s1",
+                              progress=False)
+    stage1.fit()
+    stage2 = DiffusionTrainer(TINY, dataclasses.replace(CFG, init_from=str(tmp_path / "s1" / "final")), Toy(),
+                              progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(stage2.unwrapped.parameters(), stage1.ema.parameters()))
+    with pytest.raises(ParameterError, match="block_out_channels"):
+        DiffusionTrainer(dataclasses.replace(TINY, block_out_channels=(32, 32)),
+                         dataclasses.replace(CFG, init_from=str(tmp_path / "s1" / "final")), Toy(), progress=False)
 
 
 # --- sampling ----------------------------------------------------------------------------------------------------

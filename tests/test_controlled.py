@@ -281,36 +281,16 @@ def text_config(vocab_size, **kw):
 
 @pytest.fixture(scope="module")
 def sd_folders(tmp_path_factory):
-    """Tiny random SD 1.5 base, ControlNet and 1- and 3-channel T2I-Adapters saved in diffusers layout."""
-    from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionPipeline, T2IAdapter,
-                           UNet2DConditionModel)
-    from transformers import CLIPTextModel
+    """Tiny random SD 1.5 base, ControlNet and 1-channel T2I-Adapter (`write_tiny_weights`), plus a 3-channel adapter."""
+    from diffusers import T2IAdapter
     root = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    tok = tiny_tokenizer(root / "tok")
-    blocks = dict(block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
-                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), norm_num_groups=32)
-    unet = UNet2DConditionModel(sample_size=32, up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), **blocks)
-    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2, latent_channels=4,
-                        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, layers_per_block=1)
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1)
-    StableDiffusionPipeline(vae=vae, text_encoder=CLIPTextModel(text_config(len(tok))), tokenizer=tok, unet=unet,
-                            scheduler=sched, safety_checker=None, feature_extractor=None,
-                            requires_safety_checker=False).save_pretrained(root / "sd15")
-    controlnet = ControlNetModel(conditioning_embedding_out_channels=(16, 32), **blocks)
-    # a fresh ControlNet's output convolutions are zero (the prior would have no effect): give them weights
-    for p in (*controlnet.controlnet_cond_embedding.conv_out.parameters(),
-              *controlnet.controlnet_down_blocks.parameters(), *controlnet.controlnet_mid_block.parameters()):
-        torch.nn.init.normal_(p, std=0.05)
-    controlnet.save_pretrained(root / "controlnet")
-    for c in (1, 3):
-        T2IAdapter(in_channels=c, channels=(32, 64), num_res_blocks=1, downscale_factor=2,
-                   adapter_type="full_adapter").save_pretrained(root / f"adapter{c}")
+    write_tiny_weights(root)
+    T2IAdapter(in_channels=3, channels=(32, 64), num_res_blocks=1, downscale_factor=2,
+               adapter_type="full_adapter").save_pretrained(root / "adapter3")
     return root
 
 
-CASES = [("controlnet", "controlnet", 3), ("t2i-adapter", "adapter1", 1), ("t2i-adapter", "adapter3", 3)]
+CASES = [("controlnet", "controlnet", 3), ("t2i-adapter", "t2i-adapter", 1), ("t2i-adapter", "adapter3", 3)]
 
 
 @pytest.mark.parametrize("kind,folder,channels", CASES)
@@ -398,7 +378,7 @@ def test_generate_controlled_argument_errors(sd_folders):
 
 
 def test_load_errors_name_folder_and_model(sd_folders, tmp_path, monkeypatch):
-    sd, cn, ad = sd_folders / "sd15", sd_folders / "controlnet", sd_folders / "adapter1"
+    sd, cn, ad = sd_folders / "sd15", sd_folders / "controlnet", sd_folders / "t2i-adapter"
     with pytest.raises(ParameterError, match="kind"):
         load_controlled_pipeline("lora", sd, cn)
     with pytest.raises(DataError, match=r"missing.*folder not found.*runwayml/stable-diffusion-v1-5"):
